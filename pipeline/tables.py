@@ -1,0 +1,173 @@
+"""Aggregation of a preset's runs into Parquet tables, the Table 2 / Table 3
+summaries of final NC metrics per optimizer, and the coupled-vs-decoupled NC0 check."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from pipeline.metrics import METRIC_NAMES
+from pipeline.optimizers import COUPLING, PAPER_PAIRS
+
+log = logging.getLogger(__name__)
+
+HYPERPARAMETERS = ("dataset", "architecture", "optimizer", "lr", "momentum", "weight_decay", "seed")
+SUMMARY_METRICS = ("NC0", "NC1", "NC2", "NC3")
+
+
+def percent_of_initial(final: float, initial: float) -> float:
+    """Return ``100 * final / initial``; NaN when the initial value is 0 or missing."""
+    if initial is None or not math.isfinite(initial) or initial == 0:
+        return math.nan
+    return 100.0 * final / initial
+
+
+def run_row(result: dict) -> dict:
+    """Flatten one ``metrics.json`` into a row: hyperparameters, final metrics, initial values and percentages."""
+    config = dict(result["config"])
+    options = config.pop("optimizer_options", {}) or {}
+    row: dict = {"run_id": None, **config, "optimizer_options": json.dumps(options, sort_keys=True)}
+    row["coupling"] = COUPLING.get(config["optimizer"], "unknown")
+    row["diverged"] = bool(result["diverged"])
+    row["steps"] = int(result.get("steps", 0))
+    final, initial = result["final"], result["initial"]
+    for name, value in final.items():
+        row[name] = value
+        row[f"{name}_initial"] = initial.get(name, math.nan)
+        row[f"{name}_pct"] = percent_of_initial(value, initial.get(name, math.nan))
+    accuracy = final.get("train_accuracy", math.nan)
+    row["valid"] = (not row["diverged"]) and math.isfinite(accuracy) and accuracy >= config.get("valid_accuracy", 0.99)
+    return row
+
+
+def build_runs_table(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
+    rows = []
+    for path in metrics_paths:
+        path = Path(path)
+        row = run_row(json.loads(path.read_text()))
+        row["run_id"] = path.parent.as_posix().split("/runs/", 1)[-1]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    leading = ["run_id", *HYPERPARAMETERS, "coupling", "valid", "diverged", *METRIC_NAMES, "train_accuracy", "test_accuracy", "train_loss"]
+    leading = [c for c in leading if c in table.columns]
+    return table[leading + [c for c in table.columns if c not in leading]]
+
+
+def write_aggregates(metrics_paths, history_paths, *, runs_path, history_path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write ``runs.parquet`` (a row per run) and ``history.parquet`` (a row per evaluation)."""
+    runs = build_runs_table(metrics_paths)
+    history = pd.concat([pd.read_parquet(p) for p in history_paths], ignore_index=True)
+    hyper = runs[["run_id", *HYPERPARAMETERS, "coupling"]]
+    history = history.merge(hyper, on="run_id", how="left")
+    for path, frame in ((runs_path, runs), (history_path, history)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(path, index=False)
+    log.info("aggregated runs=%d valid=%d diverged=%d path=%s", len(runs), int(runs["valid"].sum()), int(runs["diverged"].sum()), runs_path)
+    return runs, history
+
+
+# ------------------------------------------------------------------ summaries
+
+
+def default_setting(runs: pd.DataFrame, setting: dict) -> dict:
+    """Complete the fixed setting of Table 2: a learning rate per optimizer, a momentum and a weight decay.
+
+    Missing keys pick, in turn: the median learning rate of each optimizer's grid, momentum
+    0.9 when present (else the median), and the largest non-zero weight decay shared by all optimizers.
+    """
+    lr = dict(setting.get("lr", {}))
+    for optimizer, group in runs.groupby("optimizer"):
+        values = sorted(group["lr"].unique())
+        lr.setdefault(optimizer, values[len(values) // 2])
+    momenta = sorted(runs["momentum"].unique())
+    momentum = setting.get("momentum", 0.9 if 0.9 in momenta else momenta[len(momenta) // 2])
+    shared = set.intersection(*(set(g["weight_decay"]) for _, g in runs.groupby("optimizer")))
+    nonzero = sorted(v for v in shared if v > 0)
+    weight_decay = setting.get("weight_decay", nonzero[-1] if nonzero else max(shared, default=0.0))
+    return {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+
+
+def format_cell(value: float, pct: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    text = f"{value:.2e}" if abs(value) < 0.01 or abs(value) >= 1000 else f"{value:.2f}"
+    if math.isfinite(pct):
+        text += f" ({pct - 100:+.1f}%)"
+    return text
+
+
+def summary_rows(selected: pd.DataFrame) -> pd.DataFrame:
+    """Average the selected runs per dataset, architecture and optimizer."""
+    columns = [c for m in SUMMARY_METRICS for c in (m, f"{m}_pct")]
+    grouped = selected.groupby(["dataset", "architecture", "optimizer"], sort=False)
+    table = grouped[columns + ["train_accuracy", "test_accuracy"]].mean()
+    table["runs"] = grouped.size()
+    return table.reset_index()
+
+
+def fixed_setting_table(runs: pd.DataFrame, setting: dict) -> pd.DataFrame:
+    """Table 2: final metrics per optimizer at one fixed setting (mean over seeds)."""
+    chosen = default_setting(runs, setting)
+    mask = (
+        runs["optimizer"].map(chosen["lr"]).eq(runs["lr"])
+        & np.isclose(runs["momentum"], chosen["momentum"])
+        & np.isclose(runs["weight_decay"], chosen["weight_decay"])
+        & ~runs["diverged"]
+    )
+    table = summary_rows(runs[mask])
+    table.insert(3, "setting", f"momentum={chosen['momentum']:g}, weight_decay={chosen['weight_decay']:g}")
+    table.insert(4, "lr", table["optimizer"].map(chosen["lr"]))
+    return table
+
+
+def best_run_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Table 3: per optimizer, the valid run with the smallest final NC3."""
+    valid = runs[runs["valid"] & runs["NC3"].notna()]
+    if valid.empty:
+        return pd.DataFrame(columns=["dataset", "architecture", "optimizer"])
+    index = valid.groupby(["dataset", "architecture", "optimizer"], sort=False)["NC3"].idxmin()
+    best = valid.loc[index]
+    keep = ["dataset", "architecture", "optimizer", "lr", "momentum", "weight_decay", *[c for m in SUMMARY_METRICS for c in (m, f"{m}_pct")], "train_accuracy", "test_accuracy"]
+    return best[keep].reset_index(drop=True)
+
+
+def markdown_table(table: pd.DataFrame, keys: list[str]) -> str:
+    header = keys + list(SUMMARY_METRICS) + ["train acc", "test acc"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in table.iterrows():
+        cells = [f"{row[k]:g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+        cells += [format_cell(row[m], row[f"{m}_pct"]) for m in SUMMARY_METRICS]
+        cells += [f"{row['train_accuracy']:.3f}", f"{row['test_accuracy']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def central_claim(runs: pd.DataFrame) -> pd.DataFrame:
+    """Compare final NC0 of each coupled/decoupled pair at every shared non-zero weight decay.
+
+    The claim of the study holds at a point when the coupled optimizer's mean NC0 (over
+    learning rates, momenta and seeds of non-diverged runs) is below the decoupled one's.
+    """
+    rows = []
+    usable = runs[~runs["diverged"]]
+    for (dataset, architecture), group in usable.groupby(["dataset", "architecture"]):
+        for coupled, decoupled in PAPER_PAIRS:
+            a, b = group[group["optimizer"] == coupled], group[group["optimizer"] == decoupled]
+            for weight_decay in sorted(set(a["weight_decay"]) & set(b["weight_decay"])):
+                if weight_decay == 0:
+                    continue
+                nc0_a = a.loc[a["weight_decay"] == weight_decay, "NC0"].mean()
+                nc0_b = b.loc[b["weight_decay"] == weight_decay, "NC0"].mean()
+                rows.append({
+                    "dataset": dataset, "architecture": architecture, "coupled": coupled, "decoupled": decoupled,
+                    "weight_decay": weight_decay, "NC0_coupled": nc0_a, "NC0_decoupled": nc0_b,
+                    "ratio_decoupled_to_coupled": nc0_b / nc0_a if nc0_a > 0 else math.inf,
+                    "holds": bool(nc0_a < nc0_b),
+                })
+    return pd.DataFrame(rows, columns=["dataset", "architecture", "coupled", "decoupled", "weight_decay", "NC0_coupled", "NC0_decoupled", "ratio_decoupled_to_coupled", "holds"])

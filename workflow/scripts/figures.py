@@ -1,0 +1,7 @@
+"""Snakemake adapter of rule figures."""
+
+from pipeline.figures import write_report
+from pipeline.logs import configure_logging
+
+configure_logging(snakemake.log[0])
+write_report(snakemake.input.runs, dict(snakemake.output), setting=dict(snakemake.params.setting))
