@@ -9,7 +9,7 @@
 import sys
 
 from pipeline.config import ConfigError, expand_grid, validate_params
-from pipeline.data import DATASETS
+from pipeline.data import DATASETS, DatasetError, check_sources
 
 configfile: "params.yaml"
 
@@ -22,6 +22,16 @@ PRESET = PARAMS["preset"]
 PRESET_CONFIG = PARAMS["presets"][PRESET]
 RUNS = expand_grid(PARAMS)
 DATA_ROOT = PARAMS["data"]["root"]
+
+try:
+    check_sources(
+        PRESET_CONFIG["datasets"],
+        data_root=DATA_ROOT,
+        fashion_mnist_dir=PARAMS["data"]["fashion_mnist_dir"],
+        download=PARAMS["data"]["download"],
+    )
+except DatasetError as error:
+    sys.exit(f"error: {error}")
 RESULTS = f"results/{PRESET}"
 
 wildcard_constraints:

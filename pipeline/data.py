@@ -247,3 +247,23 @@ def normalised_inputs(payload: dict, indices: torch.Tensor) -> tuple[torch.Tenso
     std = payload["std"].view(1, -1, 1, 1)
     return (images - mean) / std, payload["labels"][indices]
 
+
+
+def check_sources(names, *, data_root: Path, fashion_mnist_dir: str | None, download: bool) -> None:
+    """Raise ``DatasetError`` before any job starts if a dataset can be neither found nor downloaded."""
+    for name in names:
+        check_dataset_name(name)
+        prepared = all((Path(data_root) / name / f"{split}.pt").is_file() for split in SPLITS)
+        if prepared or download:
+            continue
+        if name == "fashion_mnist" and fashion_mnist_dir and Path(fashion_mnist_dir).is_dir():
+            continue
+        raw = {"fashion_mnist": "FashionMNIST/raw", "mnist": "MNIST/raw", "cifar10": "cifar-10-batches-py"}[name]
+        if (Path(data_root) / "raw" / raw).is_dir():
+            continue
+        if name == "fashion_mnist":
+            raise DatasetError(
+                f"Fashion-MNIST not found: data.fashion_mnist_dir={fashion_mnist_dir!r} is not a folder and data.download is false; "
+                "install Debian's dataset-fashion-mnist package, set data.fashion_mnist_dir, or set data.download: true"
+            )
+        raise DatasetError(f"dataset {name!r} not found in {Path(data_root) / 'raw' / raw} and data.download is false; set data.download: true or copy its files there")

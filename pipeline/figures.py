@@ -10,6 +10,7 @@ from pathlib import Path
 import altair as alt
 import pandas as pd
 
+from pipeline.optimizers import PAPER_PAIRS
 from pipeline.tables import best_run_table, central_claim, fixed_setting_table, markdown_table
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,19 @@ def weight_decay_chart(runs: pd.DataFrame) -> alt.Chart:
     summary = weight_decay_summary(runs)
     x = alt.X("weight_decay:Q", scale=alt.Scale(type="log"), title="weight decay λ")
     y = alt.Y("mean:Q", scale=alt.Scale(type="log"), title="final value")
-    color = alt.Color("optimizer:N", title="optimizer")
+    # Each coupled/decoupled pair shares a hue: light for coupled, dark for decoupled.
+    order = [name for pair in PAPER_PAIRS for name in pair]
+    order += sorted(set(summary["optimizer"]) - set(order))
+    scale = alt.Scale(domain=order, scheme="paired")
+    color = alt.Color("optimizer:N", title="optimizer", scale=scale, sort=order)
     dash = alt.StrokeDash("coupling:N", title="weight decay")
+    shape = alt.Shape("coupling:N", title="weight decay")
     base = alt.Chart(summary)
-    band = base.mark_area(opacity=0.15).encode(x=x, y=alt.Y("lower:Q", scale=alt.Scale(type="log")), y2="upper:Q", color=color)
-    line = base.mark_line(point=True).encode(
-        x=x, y=y, color=color, strokeDash=dash,
+    band = base.mark_area(opacity=0.15).encode(
+        x=x, y=alt.Y("lower:Q", scale=alt.Scale(type="log")), y2="upper:Q", color=alt.Color("optimizer:N", scale=scale, legend=None)
+    )
+    line = base.mark_line(point=alt.OverlayMarkDef(size=60, filled=True)).encode(
+        x=x, y=y, color=color, strokeDash=dash, shape=shape,
         tooltip=["optimizer", "weight_decay", alt.Tooltip("mean:Q", format=".3g"), alt.Tooltip("std:Q", format=".3g"), "count"],
     )
     return (

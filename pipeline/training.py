@@ -136,8 +136,13 @@ def train_run(cfg: RunConfig, *, train_path: Path, test_path: Path, history_path
             loss.backward()
             optimizer.step()
             step += 1
+        if not diverged and not all(torch.isfinite(p).all() for p in model.parameters()):
+            diverged = True
         if diverged:
-            log.warning("diverged run=%s epoch=%d step=%d loss=%s: stopping this run and marking it diverged", cfg.run_id, epoch + 1, step, loss.item())
+            log.warning(
+                "diverged run=%s epoch=%d step=%d loss=%s: non-finite loss or parameters, so the run stops and is marked diverged",
+                cfg.run_id, epoch + 1, step, loss.item(),
+            )
             break
 
         # Evaluate NC metrics and accuracies.
