@@ -41,10 +41,18 @@ wildcard_constraints:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/theory.smk"
 
 
-# Default target: the preset's run table, its history, the summary table and the figure.
+# Default target: the preset's run table, its history, the summary tables and the figures.
 rule all:
     input:
         rules.aggregate.output,
         rules.figures.output,
+
+
+# The experiments that need no dataset: theorem checks and the separable-data MLP.
+rule theory_all:
+    input:
+        rules.theory.output,
+        rules.separable.output,

@@ -86,16 +86,18 @@ def _tensor_to_numpy(value: torch.Tensor) -> np.ndarray:
     return value.numpy()
 
 
-def _read_pt(path: Path) -> dict[str, Any]:
+def _load_pt(path: Path) -> Any:
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except _TORCH_LOAD_ERRORS as error:
         raise FeatureFileError(
             f"cannot read {path} with torch.load(weights_only=True) ({_one_line(error)}); "
             "check that the file is complete and contains a dict of tensors saved by torch.save"
         ) from None
-    if isinstance(content, torch.Tensor):
-        return {"tensor": _tensor_to_numpy(content)}
+
+
+def _pt_arrays(content: Any, path: Path) -> dict[str, Any]:
+    """Return the tensors of a loaded .pt dict as numpy arrays; ``stats`` stays a dict of tensors."""
     if not isinstance(content, dict):
         raise FeatureFileError(
             f"{path} contains a {type(content).__name__}, expected a dict of tensors "
@@ -174,9 +176,10 @@ def _read_weights(path: Path) -> dict[str, Any]:
     if suffix == ".npz":
         arrays = _read_npz(path)
     elif suffix == ".pt":
-        arrays = _read_pt(path)
-        if "tensor" in arrays:
-            return {"weights": arrays["tensor"]}
+        content = _load_pt(path)
+        if isinstance(content, torch.Tensor):
+            return {"weights": _tensor_to_numpy(content)}
+        arrays = _pt_arrays(content, path)
     else:
         raise FeatureFileError(
             f"unsupported weights file extension '{path.suffix}' for {path}; use one of {', '.join(WEIGHT_SUFFIXES)}"
@@ -327,9 +330,10 @@ def load_metric_inputs(path: Path | str, weights_path: Path | str | None = None)
     if suffix == ".npz":
         arrays = _read_npz(path)
     elif suffix == ".pt":
-        arrays = _read_pt(path)
-        if "tensor" in arrays:
+        content = _load_pt(path)
+        if isinstance(content, torch.Tensor):
             raise FeatureFileError(f"{path} contains a single tensor; save a dict with features, labels and weights")
+        arrays = _pt_arrays(content, path)
     elif suffix == ".parquet":
         arrays = _read_parquet(path)
         if weights_path is None:

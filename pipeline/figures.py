@@ -44,11 +44,11 @@ def weight_decay_chart(runs: pd.DataFrame) -> alt.Chart:
     order += sorted(set(summary["optimizer"]) - set(order))
     scale = alt.Scale(domain=order, scheme="paired")
     color = alt.Color("optimizer:N", title="optimizer", scale=scale, sort=order)
-    dash = alt.StrokeDash("coupling:N", title="weight decay")
+    dash = alt.StrokeDash("coupling:N", legend=None)
     shape = alt.Shape("coupling:N", title="weight decay")
     base = alt.Chart(summary)
     band = base.mark_area(opacity=0.15).encode(
-        x=x, y=alt.Y("lower:Q", scale=alt.Scale(type="log")), y2="upper:Q", color=alt.Color("optimizer:N", scale=scale, legend=None)
+        x=x, y=alt.Y("lower:Q", scale=alt.Scale(type="log")), y2="upper:Q", fill=alt.Fill("optimizer:N", scale=scale, title="optimizer", sort=order, legend=alt.Legend(symbolOpacity=1, symbolType="circle"))
     )
     line = base.mark_line(point=alt.OverlayMarkDef(size=60, filled=True)).encode(
         x=x, y=y, color=color, strokeDash=dash, shape=shape,
@@ -60,6 +60,31 @@ def weight_decay_chart(runs: pd.DataFrame) -> alt.Chart:
         .facet(facet=alt.Facet("panel:N", title=None), columns=2)
         .resolve_scale(y="independent")
         .properties(title="Final NC0 and NC3 against weight decay (mean ± 1 std over learning rate, momentum and seed; λ = 0 omitted)")
+    )
+
+
+def dynamics_chart(history: pd.DataFrame, metrics=("NC0", "NC1", "NC2", "NC3")) -> alt.Chart:
+    """NC metrics through training, one line per run, one panel per metric (log y)."""
+    usable = history[~history["diverged"]]
+    long = usable.melt(id_vars=["run_id", "optimizer", "coupling", "epoch", "weight_decay"], value_vars=list(metrics), var_name="metric", value_name="value")
+    long = long[long["value"] > 0]
+    order = [name for pair in PAPER_PAIRS for name in pair]
+    order += sorted(set(long["optimizer"]) - set(order))
+    return (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("epoch:Q", title="epoch"),
+            y=alt.Y("value:Q", scale=alt.Scale(type="log"), title=None),
+            color=alt.Color("optimizer:N", scale=alt.Scale(domain=order, scheme="paired"), sort=order),
+            strokeDash=alt.StrokeDash("coupling:N", title="weight decay", legend=alt.Legend(symbolType="stroke")),
+            detail="run_id:N",
+            tooltip=["run_id", "epoch", alt.Tooltip("value:Q", format=".3g")],
+        )
+        .properties(width=260, height=180)
+        .facet(facet=alt.Facet("metric:N", title=None), columns=2)
+        .resolve_scale(y="independent")
+        .properties(title="NC metrics through training (every run of the preset)")
     )
 
 
@@ -107,3 +132,8 @@ def write_report(runs_path, outputs: dict, setting: dict | None = None) -> None:
     chart = weight_decay_chart(runs)
     chart.save(outputs["figure_html"])
     chart.save(outputs["figure_png"], scale_factor=2)
+    if "dynamics_png" in outputs:
+        history = pd.read_parquet(outputs["history"]) if "history" in outputs else pd.read_parquet(Path(runs_path).with_name("history.parquet"))
+        dynamics = dynamics_chart(history)
+        dynamics.save(outputs["dynamics_html"])
+        dynamics.save(outputs["dynamics_png"], scale_factor=2)

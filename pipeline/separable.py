@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pipeline.optimizers import COUPLING, create_optimizer
+from pipeline.theory import one_torch_thread
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +26,11 @@ _ZERO_MOMENTUM = frozenset({"adam0", "adamw0", "signgd", "signgdw"})
 class SeparableConfig:
     """Data, model and training settings of the separable-data experiment.
 
-    The paper gives only "a simple MLP on a separable dataset" with 5 steps per epoch, so
-    the sizes and hyperparameters here are this project's choice: every optimizer reaches
-    at least 99% training accuracy with them (seed 0), and all optimizers share the weight
-    decay, so each coupled and decoupled pair differs only in where the decay enters.
+    Zhao et al. describe only "a simple MLP on a separable dataset" with 5 steps per epoch,
+    so the sizes and hyperparameters here are this project's choice. With them every
+    optimizer reaches at least 99% training accuracy (seed 0, 1000 epochs). All optimizers
+    share the weight decay, so each coupled and decoupled pair differs only in where the
+    decay enters.
     """
 
     num_classes: int = 4
@@ -98,7 +100,7 @@ def _train_one(name: str, config: SeparableConfig, inputs, labels) -> pd.DataFra
     optimizer = create_optimizer(
         name, model.parameters(), lr=lr, momentum=momentum, weight_decay=config.weight_decay
     )
-    # Every optimizer sees the same batches in the same order.
+    # All optimizers get the same batches in the same order.
     generator = torch.Generator().manual_seed(config.seed + 1)
 
     def record(step: int) -> dict:
@@ -135,7 +137,8 @@ def run_separable_experiment(
 
     frames = []
     for name in optimizers:
-        frame = _train_one(name, config, inputs, labels)
+        with one_torch_thread():
+            frame = _train_one(name, config, inputs, labels)
         final = frame.iloc[-1]
         logger.info(
             "separable experiment: optimizer=%s steps=%d final_NC0=%.3g final_train_accuracy=%.3f",
@@ -174,10 +177,11 @@ def separable_figure(table: pd.DataFrame) -> alt.Chart:
 
 
 def write_separable_outputs(table_path, png_path, html_path, **overrides) -> pd.DataFrame:
-    """Run the experiment and write its table (CSV at ``table_path`` and Parquet next to it,
-    suffix ``.parquet``) and its figure (PNG and HTML); return the table.
+    """Run the experiment, write its table and figure, and return the table.
 
-    ``overrides`` replace fields of ``SeparableConfig``. Parent folders are created.
+    The table goes to ``table_path`` as CSV and next to it, with suffix ``.parquet``, as
+    Parquet. The figure goes to ``png_path`` and ``html_path``. ``overrides`` replace
+    fields of ``SeparableConfig``. Parent folders are created.
     """
     table_path, png_path, html_path = Path(table_path), Path(png_path), Path(html_path)
     for path in (table_path, png_path, html_path):

@@ -164,12 +164,22 @@ class ClassStats:
         batch_counts = torch.bincount(labels, minlength=self.num_classes)
         batch_sums = torch.zeros_like(self._means).index_add_(0, labels, batch)
         batch_means = batch_sums / batch_counts.clamp(min=1).to(torch.float64)[:, None]
-        centred = batch - batch_means[labels]
-        batch_scatter = centred.T @ centred
+        if batch.data_ptr() == features.data_ptr():
+            centred = batch - batch_means[labels]
+        else:
+            # The float64 copy is private to this call, so it is centred in place.
+            centred = batch.sub_(batch_means[labels])
 
-        self._counts, self._means, self._scatter = _merge_moments(
-            self._counts, self._means, self._scatter, batch_counts, batch_means, batch_scatter
-        )
+        # The parallel-variance merge of _merge_moments, written in place so that the
+        # batch scatter is accumulated into the state by one matmul without p x p temporaries.
+        n_a = self._counts.to(torch.float64)
+        n_b = batch_counts.to(torch.float64)
+        total = (n_a + n_b).clamp(min=1.0)
+        delta = batch_means - self._means
+        self._scatter.addmm_(centred.T, centred)
+        self._scatter.addmm_((delta * (n_a * n_b / total)[:, None]).T, delta)
+        self._means.add_(delta * (n_b / total)[:, None])
+        self._counts.add_(batch_counts)
 
     def merge(self, other: ClassStats) -> ClassStats:
         """Return a new ClassStats with the statistics of both inputs, which stay unchanged.

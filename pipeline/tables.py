@@ -96,7 +96,7 @@ def default_setting(runs: pd.DataFrame, setting: dict) -> dict:
 def format_cell(value: float, pct: float) -> str:
     if not math.isfinite(value):
         return "n/a"
-    text = f"{value:.2e}" if abs(value) < 0.01 or abs(value) >= 1000 else f"{value:.2f}"
+    text = f"{value:.3g}"
     if math.isfinite(pct):
         text += f" ({pct - 100:+.1f}%)"
     return text

@@ -344,6 +344,18 @@ def test_cli_rejects_parquet_unknown_split(tmp_path):
     assert_rejected(result, "column 'split'", "'valid'", "'train' or 'test'")
 
 
+def test_cli_rejects_single_tensor_pt(tmp_path):
+    torch.save(torch.ones(4, 5), tmp_path / "tensor.pt")
+    assert_rejected(run_metrics(tmp_path / "tensor.pt"), "contains a single tensor", "save a dict")
+
+
+def test_cli_accepts_bare_tensor_weights_pt(tmp_path, npz_file):
+    weights = torch.from_numpy(make_arrays()["weights"])
+    torch.save(weights, tmp_path / "weights.pt")
+    output = json_output(run_metrics(npz_file, "--weights", tmp_path / "weights.pt", "--json"))
+    assert output == json_output(run_metrics(npz_file, "--json"))
+
+
 def test_cli_rejects_test_labels_without_features(tmp_path):
     arrays = make_arrays()
     del arrays["test_features"]

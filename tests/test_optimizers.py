@@ -12,6 +12,17 @@ from pipeline.optim import Muon
 from pipeline.optim.muon import orthogonalize
 from pipeline.optimizers import COUPLING, OPTIMIZER_NAMES, PAPER_PAIRS, create_optimizer
 
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Run on one thread: the tensors here are tiny, and on a busy machine a second
+    intra-op thread makes each step several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 ZERO_MOMENTUM_NAMES = ("signgd", "signgdw", "adam0", "adamw0")
 
 

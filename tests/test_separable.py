@@ -17,6 +17,17 @@ from pipeline.separable import (
     write_separable_outputs,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Run on one thread: the tensors here are tiny, and on a busy machine a second
+    intra-op thread makes each step several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 TINY_EPOCHS = 40
 
 # (coupled, decoupled) pairs of the experiment.

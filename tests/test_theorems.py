@@ -10,6 +10,9 @@ from torch import nn
 
 from pipeline.theory import (
     alpha_from_row_sums,
+    sgd_row_sums,
+    sgd_spectral_radius,
+    sgdw_alpha,
     signgd_alpha,
     signgd_coefficients,
     signgdw_alpha,
@@ -18,11 +21,19 @@ from pipeline.theory import (
     simplex_etf,
     simulate_mlp_row_sums,
     simulate_ufm_weights,
-    sgd_row_sums,
-    sgd_spectral_radius,
-    sgdw_alpha,
     step_decay_lrs,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Run on one thread: the tensors here are tiny, and on a busy machine a second
+    intra-op thread makes each step several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 NUM_CLASSES = 5
 STEPS = 200
@@ -118,14 +129,14 @@ def test_sgd_complex_roots_make_row_sum_oscillate():
 
 # --- Theorem 3: SignGDW on the UFM -------------------------------------------------------
 
-def test_ufm_gradient_sign_at_zero_is_j_minus_2i():
+def test_ufm_gradient_sign_at_zero():
     for num_classes in (3, 4, 10):
         gradient = _ufm_gradient(torch.zeros(num_classes, num_classes, dtype=torch.float64))
         expected = torch.ones(num_classes, num_classes, dtype=torch.float64) - 2 * torch.eye(num_classes, dtype=torch.float64)
         assert torch.equal(torch.sign(gradient), expected)
 
 
-def test_ufm_gradient_sign_on_span_of_i_and_j():
+def test_ufm_gradient_sign_on_span_i_j():
     # The sign holds for every W = x I + y J (W H = x H, logits symmetric), which contains
     # both theorems' trajectories, but not for every W (next test).
     num_classes = 4

@@ -30,6 +30,16 @@ from pipeline.theory import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Run on one thread: the tensors here are tiny, and on a busy machine a second
+    intra-op thread makes each step several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def test_row_sum_alpha_of_known_matrix():
     weight = np.array([[1.0, 2.0], [3.0, -1.0], [0.0, 2.0]])
     # Row sum (4, 3): ||.||^2 = 25, K = 3.

@@ -5,7 +5,12 @@ import math
 import torch
 
 from pipeline.optim._base import CheckedOptimizer
-from pipeline.optim._checks import check_beta, check_choice, check_non_negative, check_positive_int
+from pipeline.optim._checks import (
+    check_beta,
+    check_choice,
+    check_non_negative,
+    check_positive_int,
+)
 from pipeline.optim.adam import adam_update
 
 # Quintic Newton-Schulz coefficients (a, b, c) published with Muon (Jordan et al., 2024)
@@ -87,9 +92,10 @@ def _split_groups(params) -> list[dict]:
 class Muon(CheckedOptimizer):
     r"""Muon for weight matrices, AdamW for every other parameter, both with decoupled decay.
 
-    Each parameter group carries ``use_muon``. A group given without it is split: tensors
-    with two or more dimensions use Muon and the rest (biases, normalization gains) use
-    AdamW. Muon's authors also send the input embedding and the classifier's output layer
+    Each parameter group carries ``use_muon``. A group given to the constructor without it
+    is split: tensors with two or more dimensions use Muon and the rest (biases,
+    normalization gains) use AdamW. A group added later through ``add_param_group``
+    without the key uses AdamW for all its tensors. Muon's authors also send the input embedding and the classifier's output layer
     to AdamW: put those in a group with ``use_muon=False`` (``create_optimizer("muon", ...)``
     does that for the classifier). Convolution kernels are viewed as
     ``shape[0] x (product of the other dimensions)`` matrices.

@@ -17,6 +17,7 @@ rule aggregate:
 rule figures:
     input:
         runs=rules.aggregate.output.runs,
+        history=rules.aggregate.output.history,
     output:
         table_md=f"{RESULTS}/figures/table2.md",
         table_csv=f"{RESULTS}/figures/table2.csv",
@@ -24,6 +25,8 @@ rule figures:
         claims_summary=f"{RESULTS}/figures/claims.json",
         figure_png=f"{RESULTS}/figures/nc_vs_weight_decay.png",
         figure_html=f"{RESULTS}/figures/nc_vs_weight_decay.html",
+        dynamics_png=f"{RESULTS}/figures/nc_dynamics.png",
+        dynamics_html=f"{RESULTS}/figures/nc_dynamics.html",
     params:
         setting=PRESET_CONFIG.get("figure_setting", {}),
     log:

@@ -4,4 +4,8 @@ from pipeline.figures import write_report
 from pipeline.logs import configure_logging
 
 configure_logging(snakemake.log[0])
-write_report(snakemake.input.runs, dict(snakemake.output), setting=dict(snakemake.params.setting))
+write_report(
+    snakemake.input.runs,
+    {**dict(snakemake.output), "history": snakemake.input.history},
+    setting=dict(snakemake.params.setting),
+)
