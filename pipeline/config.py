@@ -107,14 +107,25 @@ def validate_params(params: Any, source: str = "params.yaml") -> dict:
 
 def check_preset_names(name: str, preset: dict, source: str) -> None:
     from pipeline.optimizers import OPTIMIZER_NAMES
+    from pipeline.ufm import UFM_NAME  # here, because pipeline.ufm imports this module through pipeline.training
 
+    datasets = (*DATASETS, UFM_NAME)
+    architectures = (*ARCHITECTURES, UFM_NAME)
     for dataset in preset["datasets"]:
-        if dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {dataset!r} in preset {name!r} of {source}: expected one of {', '.join(DATASETS)}")
+        if dataset not in datasets:
+            raise ConfigError(f"unknown dataset {dataset!r} in preset {name!r} of {source}: expected one of {', '.join(datasets)}")
     for architecture in preset["architectures"]:
-        if architecture not in ARCHITECTURES:
+        if architecture not in architectures:
             raise ConfigError(
-                f"unknown architecture {architecture!r} in preset {name!r} of {source}: expected one of {', '.join(ARCHITECTURES)}"
+                f"unknown architecture {architecture!r} in preset {name!r} of {source}: expected one of {', '.join(architectures)}"
+            )
+    # The grid pairs every dataset with every architecture, and the UFM has no input data.
+    for dataset, architecture in itertools.product(preset["datasets"], preset["architectures"]):
+        if (dataset == UFM_NAME) != (architecture == UFM_NAME):
+            raise ConfigError(
+                f"invalid pair of dataset {dataset!r} and architecture {architecture!r} in preset {name!r} of {source}: "
+                f"the unconstrained feature model runs only as dataset {UFM_NAME!r} with architecture {UFM_NAME!r}; "
+                f"put it in a preset of its own with datasets: [{UFM_NAME}] and architectures: [{UFM_NAME}]"
             )
     for optimizer, grid in preset["optimizers"].items():
         if optimizer not in OPTIMIZER_NAMES:

@@ -31,7 +31,7 @@ CIFAR10_BATCHES = {
 
 
 class DatasetError(RuntimeError):
-    """A dataset is missing, corrupt or unknown; the message says what to do."""
+    """A missing, corrupt or unknown dataset. The message names the fix."""
 
 
 @dataclass
@@ -250,8 +250,15 @@ def normalised_inputs(payload: dict, indices: torch.Tensor) -> tuple[torch.Tenso
 
 
 def check_sources(names, *, data_root: Path, fashion_mnist_dir: str | None, download: bool) -> None:
-    """Raise ``DatasetError`` before any job starts if a dataset can be neither found nor downloaded."""
+    """Raise ``DatasetError`` before any job starts if a dataset can be neither found nor downloaded.
+
+    The pseudo-dataset ``ufm`` of the unconstrained feature model needs no files and is skipped.
+    """
+    from pipeline.ufm import UFM_NAME  # here, because pipeline.ufm imports this module through pipeline.training
+
     for name in names:
+        if name == UFM_NAME:
+            continue
         check_dataset_name(name)
         prepared = all((Path(data_root) / name / f"{split}.pt").is_file() for split in SPLITS)
         if prepared or download:

@@ -58,7 +58,7 @@ def load_run_data(cfg: RunConfig, train_path: Path, test_path: Path, device: tor
     train = load_prepared(train_path)
     test = load_prepared(test_path)
     # The subset depends on the seed of the data only, not of the run, so that every
-    # optimizer of a grid sees the same images.
+    # optimizer of a grid trains on the same images.
     train_x, train_y = normalised_inputs(train, balanced_subset(train["labels"], cfg.train_per_class, seed=0))
     test_x, test_y = normalised_inputs(test, balanced_subset(test["labels"], cfg.test_per_class, seed=1))
     return RunData(train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device), NUM_CLASSES[cfg.dataset])

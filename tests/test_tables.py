@@ -56,9 +56,16 @@ def test_central_claim_per_shared_nonzero_decay(tmp_path):
     assert claims["ratio_decoupled_to_coupled"].iloc[0] == pytest.approx(30.0)
 
 
-def test_diverged_runs_left_out_of_claim(tmp_path):
-    runs = write_results(tmp_path, [fake_result("sgd", 0.05, 1e-3), fake_result("sgdw", 0.05, math.nan, diverged=True)])
-    assert central_claim(runs).empty
+def test_invalid_runs_left_out_of_claim(tmp_path):
+    runs = write_results(tmp_path, [
+        fake_result("sgd", 0.05, 1e-3), fake_result("sgdw", 0.05, math.nan, diverged=True),
+        fake_result("signum", 0.05, 1e-3, accuracy=0.5), fake_result("signumw", 0.05, 2.0),
+    ])
+    claims = central_claim(runs)
+    assert claims["coupled"].tolist() == ["sgd", "signum"]
+    assert claims["holds"].isna().all()
+    assert claims["valid_runs_decoupled"].tolist() == [0, 1]
+    assert claims["valid_runs_coupled"].tolist() == [1, 0]
 
 
 def test_fixed_setting_and_best_tables(tmp_path):

@@ -1,9 +1,18 @@
+from pipeline.ufm import UFM_NAME
+
+
 def run_config(wildcards):
     return RUNS[wildcards.run_id]
 
 
 def prepared_split(split):
-    return lambda wildcards: f"{DATA_ROOT}/{run_config(wildcards).dataset}/{split}.pt"
+    """Input function of one prepared split; the unconstrained feature model (dataset ufm) has none."""
+
+    def split_path(wildcards):
+        dataset = run_config(wildcards).dataset
+        return [] if dataset == UFM_NAME else f"{DATA_ROOT}/{dataset}/{split}.pt"
+
+    return split_path
 
 
 # Train one grid point; its whole configuration is a param, so editing a value reruns only the runs it touches.
