@@ -11,7 +11,8 @@ import altair as alt
 import pandas as pd
 
 from pipeline.optimizers import PAPER_PAIRS
-from pipeline.tables import best_run_table, central_claim, fixed_setting_table, markdown_table
+from pipeline.tables import ADAMW_RATIO_FACTOR, adamw_ratio_table, best_run_table, central_claim, fixed_setting_table, markdown_table
+from pipeline.ufm import UFM_NAME
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ def weight_decay_summary(runs: pd.DataFrame, metrics=("NC0", "NC3")) -> pd.DataF
     return summary
 
 
-def weight_decay_chart(runs: pd.DataFrame) -> alt.Chart:
-    summary = weight_decay_summary(runs)
+def weight_decay_chart(runs: pd.DataFrame, metrics=("NC0", "NC3")) -> alt.Chart:
+    summary = weight_decay_summary(runs, metrics)
+    names = ", ".join(metrics[:-1]) + " and " + metrics[-1] if len(metrics) > 1 else metrics[0]
     x = alt.X("weight_decay:Q", scale=alt.Scale(type="log"), title="weight decay λ")
     y = alt.Y("mean:Q", scale=alt.Scale(type="log"), title="final value")
     # Each coupled/decoupled pair shares a hue: light for coupled, dark for decoupled.
@@ -60,7 +62,7 @@ def weight_decay_chart(runs: pd.DataFrame) -> alt.Chart:
         .properties(width=260, height=200)
         .facet(facet=alt.Facet("panel:N", title=None), columns=2)
         .resolve_scale(y="independent")
-        .properties(title="Final NC0 and NC3 against weight decay (valid runs; mean ± 1 std over learning rate, momentum and seed; λ = 0 omitted)")
+        .properties(title=f"Final {names} against weight decay (valid runs; mean ± 1 std over learning rate, momentum and seed; λ = 0 omitted)")
     )
 
 
@@ -136,7 +138,10 @@ def write_report(runs_path, outputs: dict, setting: dict | None = None) -> None:
             row["coupled"], row["NC0_coupled"], row["decoupled"], row["NC0_decoupled"], row["weight_decay"],
         )
 
-    chart = weight_decay_chart(runs)
+    if "adamw_ratios" in outputs:
+        write_adamw_ratios(runs, outputs["adamw_ratios"])
+
+    chart = weight_decay_chart(runs, weight_decay_figure_metrics(runs))
     chart.save(outputs["figure_html"])
     chart.save(outputs["figure_png"], scale_factor=2)
     if "dynamics_png" in outputs:
@@ -144,3 +149,27 @@ def write_report(runs_path, outputs: dict, setting: dict | None = None) -> None:
         dynamics = dynamics_chart(history)
         dynamics.save(outputs["dynamics_html"])
         dynamics.save(outputs["dynamics_png"], scale_factor=2)
+
+
+def weight_decay_figure_metrics(runs: pd.DataFrame) -> tuple[str, ...]:
+    """Return the metrics of the weight-decay figure: NC0 and NC3, and also NC1 and NC2 for a
+    preset of unconstrained feature model runs, whose figure in the study shows all four."""
+    if len(runs) and (runs["architecture"] == UFM_NAME).all():
+        return ("NC0", "NC3", "NC1", "NC2")
+    return ("NC0", "NC3")
+
+
+def write_adamw_ratios(runs: pd.DataFrame, path) -> pd.DataFrame:
+    """Write the AdamW-to-Adam and AdamW-to-SGD ratios of final NC0 and NC3 as CSV (header only when no pair applies)."""
+    ratios = adamw_ratio_table(runs)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    ratios.to_csv(path, index=False)
+    compared = ratios[ratios["holds"].notna()]
+    confirmed = int((compared["holds"] == True).sum())  # noqa: E712 (the column holds True, False or None)
+    log.info("AdamW NC0 and NC3 at least %g times the reference at %d of %d compared points", ADAMW_RATIO_FACTOR, confirmed, len(compared))
+    for _, row in compared[compared["holds"] == False].iterrows():  # noqa: E712
+        log.warning(
+            "AdamW ratio below %g: reference=%s weight_decay=%g NC0_ratio=%.3g NC3_ratio=%.3g",
+            ADAMW_RATIO_FACTOR, row["reference"], row["weight_decay"], row["NC0_ratio"], row["NC3_ratio"],
+        )
+    return ratios

@@ -1,10 +1,6 @@
-"""Neural collapse metrics NC0 to NC4, the singular values of W and M and ||W||_F,
-computed in float64 from ClassStats and the last-layer weights.
-
-Conventions (see docs/metrics.md): the global mean is the mean of the class means,
-Sigma_W is normalised by N, NC4 uses no bias, and NC2, NC2W, NC2M and NC3 carry no
-1/K^2 or 1/(K p) prefactor.
-"""
+"""Neural collapse metrics NC0 to NC4, singular values of W and M, and ||W||_F, in float64.
+Conventions (docs/metrics.md): mu_G is the mean of the class means, Sigma_W is divided by N,
+NC4 uses no bias, and NC2, NC2W, NC2M and NC3 carry no 1/K^2 or 1/(K p) prefactor."""
 
 from __future__ import annotations
 

@@ -170,8 +170,8 @@ class ClassStats:
             # The float64 copy is private to this call, so it is centred in place.
             centred = batch.sub_(batch_means[labels])
 
-        # The parallel-variance merge of _merge_moments, written in place so that the
-        # batch scatter is accumulated into the state by one matmul without p x p temporaries.
+        # The parallel-variance merge of _merge_moments, written with in-place addmm_ so
+        # that no p x p temporary is allocated. The cost is O(B p^2 + K p^2) per batch.
         n_a = self._counts.to(torch.float64)
         n_b = batch_counts.to(torch.float64)
         total = (n_a + n_b).clamp(min=1.0)

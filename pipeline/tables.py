@@ -180,3 +180,50 @@ def central_claim(runs: pd.DataFrame) -> pd.DataFrame:
         "ratio_decoupled_to_coupled", "valid_runs_coupled", "valid_runs_decoupled", "holds",
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+# ------------------------------------------------------- AdamW against coupled decay
+
+
+ADAMW_RATIO_FACTOR = 10.0
+"""Factor by which AdamW's final NC0 and NC3 exceed those of Adam and SGD in the study's UFM ablation."""
+
+
+def adamw_ratio_table(runs: pd.DataFrame, references=("adam", "sgd"), metrics=("NC0", "NC3"), factor: float = ADAMW_RATIO_FACTOR) -> pd.DataFrame:
+    """Divide AdamW's final NC0 and NC3 by those of Adam and of SGD at every shared non-zero weight decay.
+
+    This is the check of the study's UFM ablation, where AdamW's NC0 and NC3 stay at least
+    ``factor`` times those of Adam and SGD with momentum. Per dataset, architecture, reference
+    optimizer and weight decay, each side's value is the mean over its valid runs (every
+    learning rate, momentum and seed). ``<metric>_ratio_min`` divides AdamW's smallest valid
+    value by the reference's largest, the least favourable pairing of learning rates.
+    ``holds`` is true when every mean ratio is at least ``factor``, and empty at a point
+    where either side has no valid run.
+    """
+    rows = []
+    for (dataset, architecture), group in runs.groupby(["dataset", "architecture"]):
+        decoupled = group[group["optimizer"] == "adamw"]
+        for reference in references:
+            coupled = group[group["optimizer"] == reference]
+            for weight_decay in sorted(set(decoupled["weight_decay"]) & set(coupled["weight_decay"])):
+                if weight_decay == 0:
+                    continue
+                valid_decoupled = decoupled[(decoupled["weight_decay"] == weight_decay) & decoupled["valid"]]
+                valid_coupled = coupled[(coupled["weight_decay"] == weight_decay) & coupled["valid"]]
+                compared = len(valid_decoupled) > 0 and len(valid_coupled) > 0
+                row = {
+                    "dataset": dataset, "architecture": architecture, "reference": reference, "weight_decay": weight_decay,
+                    "valid_runs_adamw": len(valid_decoupled), "valid_runs_reference": len(valid_coupled),
+                }
+                for metric in metrics:
+                    mean_decoupled = valid_decoupled[metric].mean() if compared else math.nan
+                    mean_coupled = valid_coupled[metric].mean() if compared else math.nan
+                    row[f"{metric}_adamw"] = mean_decoupled
+                    row[f"{metric}_reference"] = mean_coupled
+                    row[f"{metric}_ratio"] = mean_decoupled / mean_coupled if compared else math.nan
+                    row[f"{metric}_ratio_min"] = valid_decoupled[metric].min() / valid_coupled[metric].max() if compared else math.nan
+                row["holds"] = bool(all(row[f"{m}_ratio"] >= factor for m in metrics)) if compared else None
+                rows.append(row)
+    columns = ["dataset", "architecture", "reference", "weight_decay", "valid_runs_adamw", "valid_runs_reference"]
+    columns += [f"{m}_{suffix}" for m in metrics for suffix in ("adamw", "reference", "ratio", "ratio_min")]
+    return pd.DataFrame(rows, columns=[*columns, "holds"])

@@ -12,8 +12,9 @@ rule aggregate:
         "../scripts/aggregate.py"
 
 
-# Summary table in the shape of the paper's Table 2, the coupled-vs-decoupled check,
-# and the figure of final NC0 and NC3 against weight decay.
+# Summary table in the shape of the paper's Table 2, the coupled-vs-decoupled check, the
+# AdamW-to-Adam and AdamW-to-SGD ratios of NC0 and NC3 (header only without such pairs),
+# and the figure of final NC0 and NC3 (and NC1, NC2 for UFM runs) against weight decay.
 rule figures:
     input:
         runs=rules.aggregate.output.runs,
@@ -23,6 +24,7 @@ rule figures:
         table_csv=f"{RESULTS}/figures/table2.csv",
         claims=f"{RESULTS}/figures/claims.csv",
         claims_summary=f"{RESULTS}/figures/claims.json",
+        adamw_ratios=f"{RESULTS}/figures/adamw_ratios.csv",
         figure_png=f"{RESULTS}/figures/nc_vs_weight_decay.png",
         figure_html=f"{RESULTS}/figures/nc_vs_weight_decay.html",
         dynamics_png=f"{RESULTS}/figures/nc_dynamics.png",
