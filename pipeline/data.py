@@ -208,7 +208,7 @@ def load_prepared(path: Path) -> dict:
     """Load a cached split written by ``prepare_dataset``."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"missing prepared dataset {path}: run the prepare_data rule (snakemake {path})")
+        raise DatasetError(f"missing prepared dataset {path}: run `python -m pipeline prepare-data --dataset {path.parent.name}` or `snakemake {path}`")
     try:
         payload = torch.load(path, weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
