@@ -168,8 +168,8 @@ def expand_grid(params: dict, preset_name: str | None = None) -> dict[str, RunCo
     runs: dict[str, RunConfig] = {}
     for dataset, architecture in itertools.product(preset["datasets"], preset["architectures"]):
         for optimizer, grid in preset["optimizers"].items():
-            for lr, momentum, weight_decay, seed in itertools.product(
-                grid["lr"], grid["momentum"], grid["weight_decay"], preset.get("seeds", [0])
+            for lr, momentum, weight_decay, seed, options in itertools.product(
+                grid["lr"], grid["momentum"], grid["weight_decay"], preset.get("seeds", [0]), expand_options(grid.get("options", {}))
             ):
                 run = RunConfig(
                     dataset=dataset,
@@ -186,7 +186,32 @@ def expand_grid(params: dict, preset_name: str | None = None) -> dict[str, RunCo
                     train_per_class=preset.get("train_per_class"),
                     test_per_class=preset.get("test_per_class"),
                     valid_accuracy=float(preset.get("valid_accuracy", 0.99)),
-                    optimizer_options=dict(grid.get("options", {})),
+                    optimizer_options=options,
                 )
+                check_optimizer_settings(run, name)
                 runs[run.run_id] = run
     return runs
+
+
+def expand_options(options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Expand optimizer options whose values are lists into one dict per combination.
+
+    ``{"coupled_weight_decay": [0, 2.5e-4, 5e-4]}`` gives three runs, as the Adam-AdamW
+    interpolation needs; scalar values are shared by every run.
+    """
+    keys = sorted(options)
+    axes = [options[k] if isinstance(options[k], list) else [options[k]] for k in keys]
+    return [dict(zip(keys, values)) for values in itertools.product(*axes)]
+
+
+def check_optimizer_settings(run: RunConfig, preset_name: str) -> None:
+    """Raise ``ConfigError`` if the optimizer rejects the run's hyperparameters, before any job starts."""
+    import torch
+
+    from pipeline.optimizers import create_optimizer
+
+    probe = [torch.zeros(2, requires_grad=True), torch.zeros(2, 2, requires_grad=True)]
+    try:
+        create_optimizer(run.optimizer, probe, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay, **run.optimizer_options)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"invalid settings for {run.optimizer} in preset {preset_name!r} ({run.run_id}): {error}") from None

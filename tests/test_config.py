@@ -95,3 +95,20 @@ def test_preset_override(tmp_path):
     params = load_params(path, preset="smoke")
     assert params["preset"] == "smoke"
     assert Path(params["data"]["root"]) == Path("data")
+
+
+def test_list_options_expand_into_runs(params):
+    params["presets"]["smoke"]["optimizers"] = {
+        "adammix": {"lr": [0.01], "momentum": [0.9], "weight_decay": [5e-4], "options": {"coupled_weight_decay": [0.0, 2.5e-4, 5e-4]}}
+    }
+    runs = expand_grid(validate_params(params), "smoke")
+    shares = [run.optimizer_options["coupled_weight_decay"] for run in runs.values()]
+    assert shares == [0.0, 2.5e-4, 5e-4]
+
+
+def test_optimizer_rejects_settings_before_jobs(params):
+    params["presets"]["smoke"]["optimizers"] = {
+        "adammix": {"lr": [0.01], "momentum": [0.9], "weight_decay": [5e-4], "options": {"coupled_weight_decay": 1e-3}}
+    }
+    with pytest.raises(ConfigError, match=r"invalid settings for adammix in preset 'smoke'.*coupled_weight_decay=0.001"):
+        expand_grid(validate_params(params), "smoke")
