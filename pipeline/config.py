@@ -90,7 +90,10 @@ def validate_params(params: Any, source: str = "params.yaml") -> dict:
     if not isinstance(params, dict):
         raise ConfigError(f"invalid {source}: expected a mapping at the top level, found {type(params).__name__}")
     validator = jsonschema.Draft202012Validator(load_schema())
-    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    # A misspelled key raises both "unexpected" and "required" errors at one path: report the misspelling.
+    errors = sorted(
+        validator.iter_errors(params), key=lambda e: ([str(p) for p in e.absolute_path], e.validator != "additionalProperties")
+    )
     if errors:
         error = errors[0]
         raise ConfigError(f"invalid {source} at {describe_location(error)}: {error.message}; see pipeline/params.schema.yaml for the expected form")
@@ -141,7 +144,10 @@ def select_preset(params: dict, name: str, source: str = "params.yaml") -> dict:
     """Return the preset ``name``, or raise with the list of defined presets."""
     presets = params["presets"]
     if name not in presets:
-        raise ConfigError(f"unknown preset {name!r}: {source} defines {', '.join(sorted(presets))}; pass one with --config preset=NAME")
+        raise ConfigError(
+            f"unknown preset {name!r}: {source} defines {', '.join(sorted(presets))}; "
+            "pass one of them (snakemake --config preset=NAME, or --preset NAME on the command line)"
+        )
     return presets[name]
 
 

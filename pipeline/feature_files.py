@@ -4,6 +4,7 @@ dictionaries and Parquet feature tables, turned into numpy arrays or a ClassStat
 
 from __future__ import annotations
 
+import logging
 import re
 import zipfile
 import zlib
@@ -13,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 FEATURE_SUFFIXES = (".npz", ".pt", ".parquet")
 WEIGHT_SUFFIXES = (".npy", ".npz", ".pt")
@@ -103,6 +106,12 @@ def _pt_arrays(content: Any, path: Path) -> dict[str, Any]:
             f"{path} contains a {type(content).__name__}, expected a dict of tensors "
             "with keys features, labels, weights (or stats, weights)"
         )
+    if isinstance(content.get("final"), dict) and "initial" in content:
+        # A training job's dumps.pt: read its final snapshot.
+        logger.info("reading the final snapshot of the training dump %s", path)
+        content = content["final"]
+    elif "initial" in content and "final" in content:
+        raise FeatureFileError(f"{path} is the dump of a diverged run: it has no final snapshot to read")
     arrays: dict[str, Any] = {}
     for name, value in content.items():
         if isinstance(value, torch.Tensor):

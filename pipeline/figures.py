@@ -16,6 +16,9 @@ from pipeline.ufm import UFM_NAME
 
 log = logging.getLogger(__name__)
 
+# Log axes: one label per power of ten, in one number format.
+LOG_AXIS = alt.Axis(format=".1~g", tickCount=6, grid=True)
+
 
 def weight_decay_summary(runs: pd.DataFrame, metrics=("NC0", "NC3")) -> pd.DataFrame:
     """Mean and standard deviation of each metric per optimizer and weight decay, over the other hyperparameters.
@@ -40,8 +43,10 @@ def weight_decay_summary(runs: pd.DataFrame, metrics=("NC0", "NC3")) -> pd.DataF
 def weight_decay_chart(runs: pd.DataFrame, metrics=("NC0", "NC3")) -> alt.Chart:
     summary = weight_decay_summary(runs, metrics)
     names = ", ".join(metrics[:-1]) + " and " + metrics[-1] if len(metrics) > 1 else metrics[0]
-    x = alt.X("weight_decay:Q", scale=alt.Scale(type="log"), title="weight decay λ")
-    y = alt.Y("mean:Q", scale=alt.Scale(type="log"), title="final value")
+    # Ticks at the grid's weight decays only, so that neighbouring labels do not run together.
+    ticks = sorted(summary["weight_decay"].unique().tolist())
+    x = alt.X("weight_decay:Q", scale=alt.Scale(type="log"), title="weight decay λ", axis=alt.Axis(values=ticks, format="~g"))
+    y = alt.Y("mean:Q", scale=alt.Scale(type="log"), title="final value", axis=LOG_AXIS)
     # Each coupled/decoupled pair shares a hue: light for coupled, dark for decoupled.
     order = [name for pair in PAPER_PAIRS for name in pair]
     order += sorted(set(summary["optimizer"]) - set(order))
@@ -78,16 +83,21 @@ def dynamics_chart(history: pd.DataFrame, metrics=("NC0", "NC1", "NC2", "NC3")) 
         .mark_line(point=True)
         .encode(
             x=alt.X("epoch:Q", title="epoch"),
-            y=alt.Y("value:Q", scale=alt.Scale(type="log"), title=None),
+            y=alt.Y("value:Q", scale=alt.Scale(type="log", nice=False), title=None, axis=LOG_AXIS),
             color=alt.Color("optimizer:N", scale=alt.Scale(domain=order, scheme="paired"), sort=order),
-            strokeDash=alt.StrokeDash("coupling:N", title="weight decay", legend=alt.Legend(symbolType="stroke")),
+            strokeDash=alt.StrokeDash("coupling:N", legend=None),
             detail="run_id:N",
             tooltip=["run_id", "epoch", alt.Tooltip("value:Q", format=".3g")],
         )
         .properties(width=260, height=180)
         .facet(facet=alt.Facet("metric:N", title=None), columns=2)
         .resolve_scale(y="independent")
-        .properties(title="NC metrics through training (every run of the preset)")
+        .properties(
+            title=alt.TitleParams(
+                "NC metrics through training (every run of the preset)",
+                subtitle="solid: coupled weight decay, dashed: decoupled weight decay",
+            )
+        )
     )
 
 

@@ -63,7 +63,8 @@ def write_aggregates(metrics_paths, history_paths, *, runs_path, history_path) -
     """Write ``runs.parquet`` (a row per run) and ``history.parquet`` (a row per evaluation)."""
     runs = build_runs_table(metrics_paths)
     history = pd.concat([pd.read_parquet(p) for p in history_paths], ignore_index=True)
-    hyper = runs[["run_id", *HYPERPARAMETERS, "coupling"]]
+    # The history's ``lr`` is the scheduled learning rate, so the run's base rate joins as ``base_lr``.
+    hyper = runs[["run_id", *HYPERPARAMETERS, "coupling"]].rename(columns={"lr": "base_lr"})
     history = history.merge(hyper, on="run_id", how="left")
     for path, frame in ((runs_path, runs), (history_path, history)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)

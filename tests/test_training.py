@@ -86,3 +86,16 @@ def test_truncated_dump_rejected(tmp_path, prepared_fashion_mnist):
     dumps.write_bytes(dumps.read_bytes()[:1000])
     with pytest.raises(DumpError, match="corrupt training dump .*dumps.pt.*train it again"):
         load_dumps(dumps)
+
+
+def test_metrics_command_reads_training_dump(tmp_path, prepared_fashion_mnist):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    _, out, history = run_tiny(tmp_path, prepared_fashion_mnist, epochs=1)
+    result = CliRunner().invoke(main, ["metrics", str(out / "dumps.pt"), "--json"])
+    assert result.exit_code == 0, result.output
+    values = json.loads(result.output.strip().splitlines()[-1])
+    assert values["NC0"] == pytest.approx(history["NC0"].iloc[-1], rel=1e-9)
+    assert values["NC3"] == pytest.approx(history["NC3"].iloc[-1], rel=1e-9)
