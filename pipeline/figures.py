@@ -178,8 +178,9 @@ def write_adamw_ratios(runs: pd.DataFrame, path) -> pd.DataFrame:
     confirmed = int((compared["holds"] == True).sum())  # noqa: E712 (the column holds True, False or None)
     log.info("AdamW NC0 and NC3 at least %g times the reference at %d of %d compared points", ADAMW_RATIO_FACTOR, confirmed, len(compared))
     for _, row in compared[compared["holds"] == False].iterrows():  # noqa: E712
-        log.warning(
-            "AdamW ratio below %g: reference=%s weight_decay=%g NC0_ratio=%.3g NC3_ratio=%.3g",
-            ADAMW_RATIO_FACTOR, row["reference"], row["weight_decay"], row["NC0_ratio"], row["NC3_ratio"],
+        # The tenfold margin is the UFM study's claim, so image presets report it without a warning.
+        log.info(
+            "AdamW/%s at weight_decay=%g: NC0 ratio %.3g, NC3 ratio %.3g; not both at least %g",
+            row["reference"], row["weight_decay"], row["NC0_ratio"], row["NC3_ratio"], ADAMW_RATIO_FACTOR,
         )
     return ratios

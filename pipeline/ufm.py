@@ -41,7 +41,7 @@ class UnconstrainedFeatureModel(nn.Module):
 
     ``features`` is H stored as (N, d), one row h_n per sample, and ``classifier`` is an
     ``nn.Linear(d, K)`` with PyTorch's default initialisation. H starts from N(0, 1/d)
-    entries, so that every h_n has norm about 1 like the rows of a normalised input.
+    entries, so that every h_n has norm about 1.
     Creating the model draws from torch's global generator: seed it first.
     """
 
@@ -62,7 +62,7 @@ class UnconstrainedFeatureModel(nn.Module):
 
 @contextlib.contextmanager
 def flushed_denormals():
-    """Flush subnormal floats to zero on the CPU inside the block, then restore torch's default (off).
+    """Flush subnormal floats to zero on the CPU inside the block, then turn flushing off (torch's default).
 
     Once the UFM separates its classes, the softmax gradients underflow to subnormal float32
     values (below 1.2e-38), and CPU arithmetic on them is slow. Measured on one busy core
@@ -130,10 +130,13 @@ def train_ufm_run(cfg: RunConfig, *, history_path: Path, dumps_path: Path, check
     """Train the UFM of one grid point and write its history (Parquet), metric dumps and final checkpoint.
 
     ``cfg.epochs`` counts full-batch gradient steps and ``cfg.eval_every`` counts steps,
-    so the history's ``epoch`` and ``step`` columns are equal. The learning rate follows
-    the study's step decay (x0.1 after 1/3 and 2/3 of the steps). ``batch_size`` and
-    ``test_per_class`` are not used. A run whose loss or parameters become non-finite
-    stops and is marked diverged, as in ``train_run``.
+    so the history's ``epoch`` and ``step`` columns are equal. The loss is the mean
+    cross-entropy over all N samples. ``batch_size`` and ``test_per_class`` are not used.
+    A run whose loss or parameters become non-finite stops and is marked diverged, as in
+    ``train_run``.
+
+    NOTE: the learning rate follows the step decay of the image runs (x0.1 after 1/3 and
+    2/3 of the steps), because the study states no schedule for its UFM runs.
     """
     if cfg.architecture != UFM_NAME or cfg.dataset != UFM_NAME:
         raise ValueError(

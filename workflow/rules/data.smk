@@ -16,4 +16,4 @@ rule prepare_data:
 # Every dataset that the selected preset trains on.
 rule data:
     input:
-        expand(f"{DATA_ROOT}/{{dataset}}/{{split}}.pt", dataset=PRESET_CONFIG["datasets"], split=["train", "test"]),
+        expand(f"{DATA_ROOT}/{{dataset}}/{{split}}.pt", dataset=[d for d in PRESET_CONFIG["datasets"] if d != "ufm"], split=["train", "test"]),
