@@ -120,8 +120,7 @@ def train_run(cfg: RunConfig, *, train_path: Path, test_path: Path, history_path
     for epoch in range(cfg.epochs):
         # Set the learning rate of this epoch.
         lr = step_decay_lr(cfg.lr, epoch, cfg.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(optimizer, lr)
 
         # Forward and backward over a seeded permutation of the training set.
         model.train()
@@ -136,7 +135,7 @@ def train_run(cfg: RunConfig, *, train_path: Path, test_path: Path, history_path
             loss.backward()
             optimizer.step()
             step += 1
-        if not diverged and not all(torch.isfinite(p).all() for p in model.parameters()):
+        if not diverged and not parameters_finite(model):
             diverged = True
         if diverged:
             log.warning(
@@ -146,8 +145,9 @@ def train_run(cfg: RunConfig, *, train_path: Path, test_path: Path, history_path
             break
 
         # Evaluate NC metrics and accuracies.
+        # The last epoch is always an evaluation point, so its dump is the final one.
         if epoch + 1 in eval_points:
-            row, _ = snapshot(model, data, cfg.batch_size)
+            row, dumps["final"] = snapshot(model, data, cfg.batch_size)
             rows.append({"epoch": epoch + 1, "step": step, "lr": lr, **row})
             log.info(
                 "epoch=%d/%d step=%d lr=%.3g train_loss=%.4f train_acc=%.4f test_acc=%.4f NC0=%.4g NC1=%.4g NC3=%.4g elapsed_s=%.1f",
@@ -155,11 +155,28 @@ def train_run(cfg: RunConfig, *, train_path: Path, test_path: Path, history_path
                 row["NC0"], row["NC1"], row["NC3"], time.perf_counter() - started,
             )
 
+    return finish_run(
+        cfg, model, optimizer, rows, dumps, diverged, step, started,
+        history_path=history_path, dumps_path=dumps_path, checkpoint_path=checkpoint_path,
+    )
+
+
+def set_learning_rate(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def parameters_finite(model) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def finish_run(cfg, model, optimizer, rows, dumps, diverged, step, started, *, history_path, dumps_path, checkpoint_path) -> pd.DataFrame:
+    """Write a finished or diverged run's history, dumps and checkpoint, and return the history.
+
+    A diverged run has no final snapshot, so its ``dumps["final"]`` is set to None.
+    """
     if diverged:
         dumps["final"] = None
-    else:
-        _, dumps["final"] = snapshot(model, data, cfg.batch_size)
-
     history = pd.DataFrame(rows)
     history.insert(0, "run_id", cfg.run_id)
     history["diverged"] = diverged

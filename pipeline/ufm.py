@@ -21,7 +21,7 @@ from pipeline.metrics import compute_metrics, compute_spectra
 from pipeline.models import scaled_width
 from pipeline.optimizers import create_optimizer
 from pipeline.stats import ClassStats
-from pipeline.training import evaluation_epochs, select_device, step_decay_lr, write_outputs
+from pipeline.training import evaluation_epochs, finish_run, parameters_finite, select_device, set_learning_rate, step_decay_lr
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,7 @@ def train_ufm_run(cfg: RunConfig, *, history_path: Path, dumps_path: Path, check
         for step_index in range(cfg.epochs):
             # Set the learning rate of this step.
             lr = step_decay_lr(cfg.lr, step_index, cfg.epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_learning_rate(optimizer, lr)
 
             # One full-batch gradient step.
             loss = F.cross_entropy(model(), labels)
@@ -178,7 +177,7 @@ def train_ufm_run(cfg: RunConfig, *, history_path: Path, dumps_path: Path, check
                 loss.backward()
                 optimizer.step()
                 step += 1
-                diverged = not all(torch.isfinite(p).all() for p in model.parameters())
+                diverged = not parameters_finite(model)
             if diverged:
                 log.warning(
                     "diverged run=%s step=%d loss=%s: non-finite loss or parameters, so the run stops and is marked diverged",
@@ -187,8 +186,9 @@ def train_ufm_run(cfg: RunConfig, *, history_path: Path, dumps_path: Path, check
                 break
 
             # Evaluate NC metrics and accuracy.
+            # The last step is always an evaluation point, so its dump is the final one.
             if step in eval_points:
-                row, _ = ufm_snapshot(model, labels)
+                row, dumps["final"] = ufm_snapshot(model, labels)
                 rows.append({"epoch": step, "step": step, "lr": lr, **row})
                 log.info(
                     "step=%d/%d lr=%.3g train_loss=%.4g train_acc=%.4f NC0=%.4g NC1=%.4g NC3=%.4g elapsed_s=%.1f",
@@ -196,14 +196,7 @@ def train_ufm_run(cfg: RunConfig, *, history_path: Path, dumps_path: Path, check
                     time.perf_counter() - started,
                 )
 
-    if diverged:
-        dumps["final"] = None
-    else:
-        _, dumps["final"] = ufm_snapshot(model, labels)
-
-    history = pd.DataFrame(rows)
-    history.insert(0, "run_id", cfg.run_id)
-    history["diverged"] = diverged
-    write_outputs(cfg, model, optimizer, history, dumps, diverged, step, history_path=history_path, dumps_path=dumps_path, checkpoint_path=checkpoint_path)
-    log.info("done run=%s diverged=%s steps=%d elapsed_s=%.1f", cfg.run_id, diverged, step, time.perf_counter() - started)
-    return history
+    return finish_run(
+        cfg, model, optimizer, rows, dumps, diverged, step, started,
+        history_path=history_path, dumps_path=dumps_path, checkpoint_path=checkpoint_path,
+    )
