@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.data import DEFAULT_FASHION_MNIST_DIR, prepare_dataset
+from pipeline.theory import one_torch_thread
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,3 +26,10 @@ def prepared_fashion_mnist(tmp_path_factory, fashion_mnist_dir) -> Path:
     out = tmp_path_factory.mktemp("data") / "fashion_mnist"
     prepare_dataset("fashion_mnist", out, raw_root=out.parent / "raw", fashion_mnist_dir=str(fashion_mnist_dir), download=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a test module on one intra-op torch thread, then restore the previous count."""
+    with one_torch_thread():
+        yield

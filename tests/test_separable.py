@@ -18,14 +18,8 @@ from pipeline.separable import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Run on one thread: the tensors here are tiny, and on a busy machine a second
-    intra-op thread makes each step several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# The tensors here are tiny: one intra-op thread is faster on a busy machine.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 TINY_EPOCHS = 40
