@@ -20,6 +20,12 @@ log = logging.getLogger(__name__)
 LOG_AXIS = alt.Axis(format=".1~g", tickCount=6, grid=True)
 
 
+def optimizer_order(names) -> list[str]:
+    """Return the legend order: the coupled/decoupled pairs side by side, then any other optimizer."""
+    order = [name for pair in PAPER_PAIRS for name in pair]
+    return order + sorted(set(names) - set(order))
+
+
 def weight_decay_summary(runs: pd.DataFrame, metrics=("NC0", "NC3")) -> pd.DataFrame:
     """Mean and standard deviation of each metric per optimizer and weight decay, over the other hyperparameters.
 
@@ -48,8 +54,7 @@ def weight_decay_chart(runs: pd.DataFrame, metrics=("NC0", "NC3")) -> alt.Chart:
     x = alt.X("weight_decay:Q", scale=alt.Scale(type="log"), title="weight decay λ", axis=alt.Axis(values=ticks, format="~g"))
     y = alt.Y("mean:Q", scale=alt.Scale(type="log"), title="final value", axis=LOG_AXIS)
     # Each coupled/decoupled pair shares a hue: light for coupled, dark for decoupled.
-    order = [name for pair in PAPER_PAIRS for name in pair]
-    order += sorted(set(summary["optimizer"]) - set(order))
+    order = optimizer_order(summary["optimizer"])
     scale = alt.Scale(domain=order, scheme="paired")
     color = alt.Color("optimizer:N", title="optimizer", scale=scale, sort=order)
     dash = alt.StrokeDash("coupling:N", legend=None)
@@ -76,8 +81,7 @@ def dynamics_chart(history: pd.DataFrame, metrics=("NC0", "NC1", "NC2", "NC3")) 
     usable = history[~history["diverged"]]
     long = usable.melt(id_vars=["run_id", "optimizer", "coupling", "epoch", "weight_decay"], value_vars=list(metrics), var_name="metric", value_name="value")
     long = long[long["value"] > 0]
-    order = [name for pair in PAPER_PAIRS for name in pair]
-    order += sorted(set(long["optimizer"]) - set(order))
+    order = optimizer_order(long["optimizer"])
     return (
         alt.Chart(long)
         .mark_line(point=True)
